@@ -65,8 +65,8 @@ def channel_groups(num_channels: int, num_groups: int, num_chunks: int = 1) -> T
     chunk_size = num_channels // num_chunks
     if chunk_size < num_groups:
         raise ValueError(
-            f"{chunk_size} channels per chunk cannot fill num_groups={num_groups} groups; "
-            f"use at least {num_groups * num_chunks} channels"
+            f"{chunk_size} channels per chunk cannot fill num_groups={num_groups} groups, "
+            f"so use at least {num_groups * num_chunks} channels"
         )
 
     groups = torch.arange(chunk_size) * num_groups // chunk_size
@@ -78,7 +78,7 @@ def channel_mask(out_groups: Tensor, in_groups: Tensor, include_same_group: bool
 
     Output channel ``o`` may read input channel ``i`` iff ``group(o) > group(i)``, or ``group(o) == group(i)``
     when ``include_same_group`` is true (mask B). With ``include_same_group=False`` (mask A) the sub-pixel
-    ``c`` sees only the channels of sub-pixels ``< c``.
+    ``c`` reads only the channels of sub-pixels ``< c``.
 
     Args:
         out_groups: Group of each output channel, shape ``(out_channels,)``.
@@ -125,15 +125,18 @@ class _MaskedWeightMixin:
 
 
 class MaskedConv2d(_MaskedWeightMixin, nn.Conv2d):
-    r"""Square convolution with a PixelCNN mask (van den Oord et al., 2016, "Pixel Recurrent Neural Networks").
+    r"""Square convolution with a PixelCNN mask.
+
+    Reference: van den Oord et al., 2016, "Pixel Recurrent Neural Networks".
+
 
     The ``k × k`` kernel is centred on the output position ``(i, j)`` (zero padding ``k // 2`` on each side,
-    stride 1). It reads every position of the rows above ``i`` inside the window, the positions left of
-    ``j`` in row ``i``, and at ``(i, j)`` itself only the channels that :func:`channel_mask` allows:
-    with mask A, the group of sub-pixel ``c`` reads groups ``< c``; with mask B, groups ``<= c``. The groups
-    come from :func:`channel_groups` with ``num_groups`` groups (the number of sub-pixels per position),
-    so with one group mask A excludes the current position entirely. The window reaches ``k // 2`` rows
-    up and ``k // 2`` columns to each side.
+    stride 1). Inside the window it reads every position of the rows above ``i`` and the positions left
+    of ``j`` in row ``i``. At ``(i, j)`` itself it reads only the channels that :func:`channel_mask`
+    allows. With mask A the group of sub-pixel ``c`` reads groups ``< c``, and with mask B groups ``<= c``.
+    The groups come from :func:`channel_groups` with ``num_groups`` groups (the number of sub-pixels per
+    position), so with one group mask A excludes the current position entirely. The window reaches
+    ``k // 2`` rows up and ``k // 2`` columns to each side.
 
     Args:
         in_channels: Input channels.
@@ -185,7 +188,7 @@ def _check_upsampled_size(coarse: Tensor, output_size: Sequence[int], stride: in
     if height < 1 or width < 1 or tuple(coarse.shape[-2:]) != expected:
         raise ValueError(
             f"output_size={(height, width)} does not match the input of size {tuple(coarse.shape[-2:])} at "
-            f"stride={stride}; expected ceil(output_size / stride) == input size"
+            f"stride={stride}, but ceil(output_size / stride) must equal the input size"
         )
     return height, width
 
@@ -196,7 +199,7 @@ def _crop_2d(x: Tensor, height: int, width: int, left: int = 0) -> Tensor:
 
 
 class DownShiftedConv2d(nn.Conv2d):
-    r"""Convolution that sees only the current row and the rows above (Salimans et al., 2017, PixelCNN++).
+    r"""Convolution that reads only the current row and the rows above (Salimans et al., 2017, PixelCNN++).
 
     With kernel ``(kh, kw)`` (``kw`` odd) and stride ``s``, output ``(i, j)`` reads input rows
     ``s·i - kh + 1 .. s·i`` and columns ``s·j - (kw - 1) / 2 .. s·j + (kw - 1) / 2``, with zeros outside
@@ -245,7 +248,7 @@ class DownShiftedConv2d(nn.Conv2d):
 
 
 class DownRightShiftedConv2d(_MaskedWeightMixin, nn.Conv2d):
-    r"""Convolution that sees the rows above and the current row up to the current position.
+    r"""Convolution that reads the rows above and the current row up to the current position.
 
     With kernel ``(kh, kw)`` and stride ``s``, output ``(i, j)`` reads input rows ``s·i - kh + 1 .. s·i``
     and columns ``s·j - kw + 1 .. s·j`` (zero padding of ``kh - 1`` rows on top and ``kw - 1`` columns on
@@ -344,8 +347,8 @@ class DownShiftedConvTranspose2d(nn.ConvTranspose2d):
             raise ValueError(f"kernel width must be a positive odd integer, got {kernel_width}")
         if kernel_height < stride or (kernel_width + 1) // 2 < stride:
             raise ValueError(
-                f"kernel_size={(kernel_height, kernel_width)} leaves gaps at stride={stride}; "
-                "use kh >= stride and (kw + 1) / 2 >= stride"
+                f"kernel_size={(kernel_height, kernel_width)} leaves gaps at stride={stride}, "
+                "so use kh >= stride and (kw + 1) / 2 >= stride"
             )
         super().__init__(in_channels, out_channels, (kernel_height, kernel_width), stride=stride, bias=bias)
 
@@ -384,8 +387,8 @@ class DownRightShiftedConvTranspose2d(nn.ConvTranspose2d):
         _check_positive("stride", stride)
         if kernel_height < stride or kernel_width < stride:
             raise ValueError(
-                f"kernel_size={(kernel_height, kernel_width)} leaves gaps at stride={stride}; "
-                "use kh >= stride and kw >= stride"
+                f"kernel_size={(kernel_height, kernel_width)} leaves gaps at stride={stride}, "
+                "so use kh >= stride and kw >= stride"
             )
         super().__init__(in_channels, out_channels, (kernel_height, kernel_width), stride=stride, bias=bias)
 
@@ -461,7 +464,7 @@ class Delay1d(nn.Module):
 class ConcatELU(nn.Module):
     """Concatenated ELU, ``elu([x, -x])`` along the channels: ``(B, C, ...) -> (B, 2C, ...)``.
 
-    Both signs keep a gradient, unlike a single ELU (Shang et al., 2016; used by PixelCNN++).
+    Both signs keep a gradient, unlike a single ELU (Shang et al., 2016, as used by PixelCNN++).
     """
 
     def forward(self, x: Tensor) -> Tensor:

@@ -67,7 +67,7 @@ class PixelResidualBlock(nn.Module):
 
     ``down`` is a masked 1×1 convolution to ``F / 2`` channels, ``conv`` a masked ``k × k`` convolution and
     ``up`` a masked 1×1 convolution back to ``F`` channels, all with mask B (van den Oord et al., 2016,
-    "Pixel Recurrent Neural Networks", Figure 5). Dropout acts on the bottleneck before ``up``.
+    "Pixel Recurrent Neural Networks"). Dropout acts on the bottleneck before ``up``.
 
     Args:
         num_filters: Channels ``F`` of the residual stream.
@@ -108,7 +108,8 @@ class PixelCNN(nn.Module):
     two 3×3 layers, is never read even inside that window. :class:`GatedPixelCNN` has no blind spot.
 
     Input: ``x`` of shape ``(B, C, H, W)``, bin centres scaled to ``[-1, 1]``, any ``H, W >= 1``.
-    Output: logits of shape ``(B, C·K, H, W)``; ``view(B, C, K, H, W)`` gives the logits of sub-pixel ``c``.
+    Output: logits of shape ``(B, C·K, H, W)``, where ``view(B, C, K, H, W)`` gives the logits of
+    sub-pixel ``c``.
 
     Args:
         num_channels: Sub-pixels per position ``C``.
@@ -155,7 +156,10 @@ class PixelCNN(nn.Module):
 
     @property
     def receptive_field_rows(self) -> int:
-        """Rows above the output row that the output can read, ``first_kernel_size // 2 + num_blocks · (k // 2)``."""
+        """Rows above the output row that the output can read.
+
+        Equal to ``first_kernel_size // 2 + num_blocks · (kernel_size // 2)``.
+        """
         return self.first_kernel_size // 2 + len(self.blocks) * (self.kernel_size // 2)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -171,7 +175,7 @@ class PixelCNN(nn.Module):
 class GatedPixelBlock(nn.Module):
     r"""Gated layer of the gated PixelCNN with a vertical and a horizontal stack.
 
-    Following van den Oord et al. (2016, "Conditional Image Generation with PixelCNN Decoders", Figure 2):
+    Following van den Oord et al. (2016, "Conditional Image Generation with PixelCNN Decoders"):
 
     - vertical: ``v_pre = vconv(v)``, ``v' = tanh(v_pre[:F]) * sigmoid(v_pre[F:])``, where ``vconv`` is a
       :class:`DownShiftedConv2d` with kernel ``(k // 2 + 1, k)``. The vertical stream is built on a
@@ -229,7 +233,8 @@ class GatedPixelCNN(nn.Module):
     of this region is read, so there is no blind spot.
 
     Input: ``x`` of shape ``(B, C, H, W)``, bin centres scaled to ``[-1, 1]``, any ``H, W >= 1``.
-    Output: logits of shape ``(B, C·K, H, W)``; ``view(B, C, K, H, W)`` gives the logits of sub-pixel ``c``.
+    Output: logits of shape ``(B, C·K, H, W)``, where ``view(B, C, K, H, W)`` gives the logits of
+    sub-pixel ``c``.
 
     Args:
         num_channels: Sub-pixels per position ``C``.
@@ -280,15 +285,18 @@ class GatedPixelCNN(nn.Module):
 
     @property
     def receptive_field_rows(self) -> int:
-        """Rows above the output row that the output can read, ``(num_blocks + 1) · (kernel_size // 2) + 1``."""
+        """Rows above the output row that the output can read.
+
+        Equal to ``(num_blocks + 1) · (kernel_size // 2) + 1``.
+        """
         return (len(self.blocks) + 1) * (self.kernel_size // 2) + 1
 
     def forward(self, x: Tensor) -> Tensor:
         """Compute the logits, ``(B, C, H, W) -> (B, C·K, H, W)``."""
         _validate_image_input(x, self.num_channels)
 
-        # The ones channel is zero in the padding and in the shifted-in first row, which tells the
-        # vertical stack where the image ends; x itself can be 0 inside the image.
+        # The ones channel is zero in the padding and in the shifted-in first row, which marks where the
+        # image ends for the vertical stack. The scaled input x alone cannot, since it can be 0 inside.
         ones = torch.ones_like(x[:, :1])
         v_pre = self.vertical_input(self.down_shift(torch.cat([x, ones], dim=1)))
         h_pre = self.horizontal_input(x) + self.input_link(v_pre)

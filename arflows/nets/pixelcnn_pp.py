@@ -19,22 +19,22 @@ from arflows.nets.layers import (
 
 __all__ = ["GatedResidualBlock", "PixelCNNPlusPlus", "mixture_num_outputs"]
 
-# Scale of the initial weights of the last convolution in each residual block, as in the PixelCNN++
-# reference code (init_scale=0.1), so that every block starts close to the identity.
+# Scale of the initial weights of the last convolution in each residual block, so that every block
+# starts close to the identity.
 _RESIDUAL_INIT_SCALE = 0.1
 
 
 def mixture_num_outputs(num_channels: int, num_components: int) -> int:
     """Count the mixture parameters per position, ``M · (1 + 2C + C(C - 1) / 2)``.
 
-    These are ``M`` logits, ``C·M`` means, ``C·M`` log-scales and ``C(C - 1)/2 · M`` coefficients that couple
-    each channel to the earlier channels of the same position (100 for ``C = 3, M = 10``).
+    These are ``M`` logits, ``C·M`` means, ``C·M`` log-scales and ``C(C - 1)/2 · M`` coefficients that
+    couple each channel to the earlier channels of the same position (100 for ``C = 3, M = 10``).
     """
     return num_components * (1 + 2 * num_channels + num_channels * (num_channels - 1) // 2)
 
 
 class GatedResidualBlock(nn.Module):
-    r"""Gated residual block of PixelCNN++ (Salimans et al., 2017, "PixelCNN++", Section 2.4 and code).
+    r"""Gated residual block of PixelCNN++ (Salimans et al., 2017, "PixelCNN++").
 
     ``c = conv_in(concat_elu(x)) + nin(concat_elu(a))``,
     ``c = conv_out(dropout(concat_elu(c)))``, ``out = x + c[:F] * sigmoid(c[F:])``,
@@ -77,10 +77,10 @@ class GatedResidualBlock(nn.Module):
 
         Args:
             x: Stream, shape ``(B, F, H, W)``.
-            x_act: ``concat_elu(x)``, shape ``(B, 2F, H, W)``, if the caller already has it; computed here
-                otherwise.
+            x_act: ``concat_elu(x)``, shape ``(B, 2F, H, W)``, if the caller already has it. It is
+                computed here otherwise.
             aux_act: ``concat_elu`` of each auxiliary tensor, concatenated along the channels, shape
-                ``(B, 2·num_aux·F, H, W)``; required iff ``num_aux > 0``.
+                ``(B, 2·num_aux·F, H, W)``, required iff ``num_aux > 0``.
 
         Returns:
             Updated stream, shape ``(B, F, H, W)``.
@@ -115,9 +115,10 @@ class PixelCNNPlusPlus(nn.Module):
     ``conv1x1(elu(ul))``.
 
     Receptive field: the output at ``(i, j)`` reads only positions before ``(i, j)`` in raster order and
-    none of the channels at ``(i, j)`` itself; all channels of a position are modelled by the mixture.
-    Each stage at stride ``s`` widens the region by about ``s`` rows and columns per convolution, so
-    the region covers small images entirely (there is no blind spot).
+    none of the channels at ``(i, j)`` itself, because the mixture models all channels of a position.
+    Each convolution at stride ``s`` widens the region by about ``s`` rows and columns, and the two
+    streams leave no blind spot. For example, with 3 stages of 1 block the last position of a 7×7 image
+    reads every earlier position.
 
     Odd and small sizes work: a strided convolution maps ``H`` to ``ceil(H / 2)``, and the transposed
     convolution crops back to ``H``, so any ``H, W >= 1`` is accepted.
@@ -132,13 +133,14 @@ class PixelCNNPlusPlus(nn.Module):
         num_filters: Channels ``F`` of both streams.
         num_blocks: Gated residual blocks per stage in the up pass.
         dropout: Dropout probability inside the residual blocks.
-        num_stages: Resolutions; ``num_stages - 1`` stride-2 downsamplings.
+        num_stages: Resolutions, separated by ``num_stages - 1`` stride-2 downsamplings.
 
     The configuration of the paper for CIFAR-10 is the default: ``PixelCNNPlusPlus(3)`` with 160 filters,
     5 blocks per stage, 3 stages, 10 components and dropout 0.5.
 
-    NOTE: the reference implementation uses weight normalization with data-dependent initialization;
-    this one uses plain convolutions with the default PyTorch initialization.
+    NOTE: published implementations use weight normalization with data-dependent initialization. This
+    one uses plain convolutions with PyTorch's default initialization, and scales the initial weights of
+    the last convolution in each block by 0.1.
     """
 
     def __init__(
@@ -211,7 +213,7 @@ class PixelCNNPlusPlus(nn.Module):
         if x.dim() != 4 or x.shape[1] != self.num_channels:
             raise ValueError(f"expected input of shape (B, {self.num_channels}, H, W), got {tuple(x.shape)}")
 
-        # The ones channel is zero in the padding, which tells the network where the image ends.
+        # The ones channel is zero in the padding, which marks where the image ends for the network.
         x = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)
         u = self.down_shift(self.u_input(x))
         ul = self.down_shift(self.ul_input_above(x)) + self.right_shift(self.ul_input_left(x))

@@ -10,7 +10,7 @@ __all__ = ["WaveNet", "WaveNetLayer"]
 
 
 class WaveNetLayer(nn.Module):
-    r"""Residual layer of WaveNet (van den Oord et al., 2016, "WaveNet", Section 2.4).
+    r"""Residual layer of WaveNet (van den Oord et al., 2016, "WaveNet").
 
     ``z = tanh(W_f * x) · sigmoid(W_g * x)`` with a dilated :class:`CausalConv1d` producing both halves,
     then one 1×1 convolution splits ``z`` into the residual update (added to ``x``) and the skip output.
@@ -71,7 +71,7 @@ class WaveNet(nn.Module):
         residual_channels: Channels ``R`` of the residual stream.
         dilation_channels: Channels of each gated activation.
         skip_channels: Channels ``S`` of the skip outputs and of the head.
-        num_layers: Layers per cycle; the dilations double from 1 to ``2^(num_layers - 1)``.
+        num_layers: Layers per cycle, whose dilations double from 1 to ``2^(num_layers - 1)``.
         num_cycles: Repetitions of the dilation cycle.
         kernel_size: Kernel size ``k`` of every causal convolution.
         dropout: Dropout probability on the gated activations.
@@ -124,7 +124,10 @@ class WaveNet(nn.Module):
 
     @property
     def receptive_field(self) -> int:
-        """Past steps that the output at ``t`` reads, ``(k - 1)·(1 + num_cycles·(2^num_layers - 1)) + 1``."""
+        """Past steps that the output at ``t`` reads.
+
+        Equal to ``(kernel_size - 1)·(1 + num_cycles·(2^num_layers - 1)) + 1``.
+        """
         dilation_sum = self.num_cycles * (2**self.num_layers - 1)
         return (self.kernel_size - 1) * (1 + dilation_sum) + 1
 

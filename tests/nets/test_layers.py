@@ -109,7 +109,7 @@ def test_masked_conv_reads_exact_region(mask_type, num_groups):
         assert torch.equal(dep[out_channel, 4, 4] != 0, expected)
 
 
-def test_masked_conv_single_group_mask_a_excludes_current_position():
+def test_mask_a_single_group_excludes_centre():
     torch.manual_seed(0)
     layer = MaskedConv2d(1, 4, 3, "A")
     dep = dependence(layer, torch.randn(2, 1, 3, 3))
@@ -118,7 +118,7 @@ def test_masked_conv_single_group_mask_a_excludes_current_position():
     assert torch.all(dep[:, 1, 1, 0, 1, 0] != 0)
 
 
-def test_masked_conv_weight_stays_masked_after_update():
+def test_masked_weight_zero_after_update():
     layer = MaskedConv2d(3, 6, 3, "A", num_groups=3)
     with torch.no_grad():
         layer.weight.add_(1.0)
@@ -136,7 +136,7 @@ def test_masked_conv_rejects_invalid(kernel_size, mask_type):
 
 @pytest.mark.parametrize("height, width", [(1, 1), (5, 4), (4, 7), (7, 7)])
 @pytest.mark.parametrize("stride", [1, 2])
-def test_down_shifted_conv_reads_exact_region(height, width, stride):
+def test_down_shifted_conv_read_region(height, width, stride):
     torch.manual_seed(0)
     kernel_height, kernel_width = 2, 3
     layer = DownShiftedConv2d(2, 3, (kernel_height, kernel_width), stride=stride)
@@ -155,7 +155,7 @@ def test_down_shifted_conv_reads_exact_region(height, width, stride):
 
 @pytest.mark.parametrize("height, width", [(1, 1), (5, 4), (4, 7)])
 @pytest.mark.parametrize("stride", [1, 2])
-def test_down_right_shifted_conv_reads_exact_region(height, width, stride):
+def test_down_right_conv_read_region(height, width, stride):
     torch.manual_seed(0)
     layer = DownRightShiftedConv2d(2, 3, (2, 2), stride=stride)
     dep = dependence(layer, torch.randn(2, 2, height, width))
@@ -170,7 +170,7 @@ def test_down_right_shifted_conv_reads_exact_region(height, width, stride):
 
 
 @pytest.mark.parametrize("mask_type", ["A", "B"])
-def test_down_right_shifted_conv_masks_current_position(mask_type):
+def test_down_right_conv_masks_centre(mask_type):
     torch.manual_seed(0)
     layer = DownRightShiftedConv2d(3, 6, (1, 3), mask_type=mask_type, num_groups=3, out_chunks=2)
     dep = dependence(layer, torch.randn(2, 3, 1, 5))
@@ -187,7 +187,7 @@ def test_down_right_shifted_conv_masks_current_position(mask_type):
 
 
 @pytest.mark.parametrize("height, width", [(1, 1), (2, 2), (5, 4), (7, 7), (3, 8)])
-def test_down_shifted_transpose_reads_only_earlier_coarse_rows(height, width):
+def test_down_shifted_transpose_read_region(height, width):
     torch.manual_seed(0)
     coarse = (-(-height // 2), -(-width // 2))
     layer = DownShiftedConvTranspose2d(2, 3, (2, 3), stride=2)
@@ -206,7 +206,7 @@ def test_down_shifted_transpose_reads_only_earlier_coarse_rows(height, width):
 
 
 @pytest.mark.parametrize("height, width", [(1, 1), (2, 2), (5, 4), (7, 7), (3, 8)])
-def test_down_right_shifted_transpose_reads_covering_coarse_position(height, width):
+def test_down_right_transpose_read_region(height, width):
     torch.manual_seed(0)
     coarse = (-(-height // 2), -(-width // 2))
     layer = DownRightShiftedConvTranspose2d(2, 3, (2, 2), stride=2)

@@ -144,7 +144,7 @@ def test_pixelcnn_reads_only_inside_window():
     assert torch.any(read[:, :, i, :j])
 
 
-def test_pixelcnn_has_blind_spot_where_gated_does_not():
+def test_pixelcnn_blind_spot_vs_gated():
     torch.manual_seed(0)
     plain = PixelCNN(1, 3, num_filters=8, num_blocks=1, first_kernel_size=3).eval()
     gated = GatedPixelCNN(1, 3, num_filters=8, num_blocks=1).eval()
@@ -182,7 +182,7 @@ def test_output_shape(net_class, height, width):
 
 @pytest.mark.parametrize("net_class", [PixelCNN, GatedPixelCNN])
 def test_default_constructor_accepts_rgb(net_class):
-    # 128 filters are not divisible by 3 channels; the groups are balanced instead.
+    # 128 filters are not divisible by 3 channels, so the groups are balanced instead.
     net = net_class(3, 256)
 
     assert net(torch.zeros(1, 3, 2, 2)).shape == (1, 768, 2, 2)

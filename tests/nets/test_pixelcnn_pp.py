@@ -32,13 +32,13 @@ def position_dependence(net, num_channels, height, width, num_samples=4):
     basis = torch.eye(num_outputs).view(num_outputs, height, width)
     (jacobian,) = torch.autograd.grad(out, x, basis, is_grads_batched=True)
 
-    # (H·W, B, C, H, W) -> (H·W, H, W, C), summing the samples; raster order puts the channel last.
+    # (H·W, B, C, H, W) -> (H·W, H, W, C), summing the samples. Raster order puts the channel last.
     dep = jacobian.abs().sum(1).permute(0, 2, 3, 1)
     return dep.reshape(height * width, height * width * num_channels)
 
 
 def assert_causal(dep, num_channels):
-    """Assert that position ``p`` reads no channel at ``p`` or later, and reads the last dimension before ``p``."""
+    """Assert that position ``p`` reads nothing at ``p`` or later but reads the dimension before ``p``."""
     for p in range(dep.shape[0]):
         assert torch.all(dep[p, p * num_channels :] == 0), f"position {p} reads itself or a later position"
         if p > 0:
@@ -140,7 +140,7 @@ def test_paper_cifar10_configuration():
     assert block_counts == [5, 5, 5, 5, 6, 6]
     assert net.output_conv.in_channels == 160
     assert net.up_u[0][0].dropout.p == 0.5
-    # About 53.6 million parameters; the weight-normalized reference adds one gain per output channel.
+    # About 53.6 million parameters. The weight-normalized reference adds one gain per output channel.
     assert 53_000_000 < sum(p.numel() for p in net.parameters()) < 54_000_000
 
 
