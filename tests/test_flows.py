@@ -103,7 +103,34 @@ def test_decode_inverts_encode_exactly(name, data_shape, num_bins, dtype):
 
     for noise_name, noise in noises.items():
         z, _ = flow.encode(q, noise=noise, generator=generator)
-        assert torch.equal(flow.decode(z), q), f"round trip fails with {noise_name} noise"
+        decoded = flow.decode(z)
+        if dtype == torch.float64:
+            assert torch.equal(decoded, q), f"round trip fails with {noise_name} noise"
+        else:
+            _assert_first_error_at_unreachable_bin(flow, q, decoded, noise_name)
+
+
+def _decoding_order(tensor):
+    """Flatten (B, C, *S) to (B, D) in decoding order: positions in raster order, channels inside."""
+    return tensor.movedim(1, -1).flatten(1)
+
+
+def _assert_first_error_at_unreachable_bin(flow, q, decoded, label):
+    """Assert that decoding is exact up to its first bin of zero floating-point width, the stated limit.
+
+    Random float32 networks with peaked conditionals put some data in bins of mass below the float32
+    resolution of z near 1. Such a bin cannot be decoded, and every later step then sees other data.
+    """
+    lower, upper = flow.transform.bin_bounds(q, flow.parameters_of(q))
+    widths = _decoding_order(upper - lower)
+    wrong = _decoding_order(decoded) != _decoding_order(q)
+    for example in range(q.shape[0]):
+        positions = wrong[example].nonzero()
+        if len(positions) == 0:
+            continue
+        first = positions[0].item()
+        width = widths[example, first].item()
+        assert width == 0.0, f"{label}: example {example} first differs at step {first}, bin width {width}"
 
 
 def test_decode_returns_continuous_values_on_request():
@@ -147,22 +174,11 @@ def test_round_trip_on_real_digits(name):
 
 @pytest.mark.parametrize("name", ["gated_pixelcnn", "pixelcnn_pp"])
 def test_float32_round_trip_fails_only_at_unreachable_bins(name):
-    # Peaked random conditionals put some digit pixels in bins of mass ~1e-9, below float32 resolution
-    # near z = 1. Decoding may then go wrong, but the first wrong dimension must be such a zero-width bin.
     q = _real_digits(8)
     flow = _tiny_flow(name, (1, 8, 8), 17, seed=5).float()
     z, _ = flow.encode(q, generator=torch.Generator().manual_seed(0))
-    lower, upper = flow.transform.bin_bounds(q, flow.parameters_of(q))
 
-    decoded = flow.decode(z)
-
-    for example in range(q.shape[0]):
-        wrong = (decoded[example, 0] != q[example, 0]).flatten().nonzero()
-        if len(wrong) == 0:
-            continue
-        first = wrong[0].item()  # raster order, one channel
-        width = (upper[example, 0].flatten()[first] - lower[example, 0].flatten()[first]).item()
-        assert width == 0.0, f"example {example}: first wrong dimension {first} has bin width {width}"
+    _assert_first_error_at_unreachable_bin(flow, q, flow.decode(z), name)
 
 
 class _ConstantNet(nn.Module):
