@@ -217,7 +217,8 @@ def load_flow(path_or_run_dir: PathLike, *, weights: str = "averaged",
     Returns:
         `(flow, metadata)`. The flow is in eval mode, in the floating-point dtype it was trained in.
         `metadata` is the checkpoint dictionary without the weight, optimizer and RNG entries, plus
-        `"path"` (the file read) and `"weights"` (the weights loaded).
+        `"path"` (the file read), `"weights"` (the weights loaded) and `"receptive_field"` (past samples
+        a WaveNet reads at each step, None for image networks).
 
     Raises:
         CheckpointError: If the file is not a checkpoint, or `weights="averaged"` is requested from a run
@@ -251,6 +252,10 @@ def load_flow(path_or_run_dir: PathLike, *, weights: str = "averaged",
 
     metadata = {key: value for key, value in checkpoint.items() if key not in _STATE_KEYS}
     metadata["weights"] = weights
+    # Checkpoints written before the receptive field was stored get it from the rebuilt network.
+    if metadata.get("receptive_field") is None:
+        receptive_field = getattr(flow.net, "receptive_field", None)
+        metadata["receptive_field"] = None if receptive_field is None else int(receptive_field)
     return flow, metadata
 
 

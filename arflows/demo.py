@@ -79,7 +79,8 @@ class DemoResult:
     figures: dict[str, Path]
 
 
-def _prepare_output(out: Path, force: bool) -> None:
+def _prepare_output(out: Path, force: bool, outputs: tuple[str, ...] = DEMO_OUTPUTS) -> None:
+    """Create ``out``, or with ``force`` delete the files and folders named in ``outputs`` from it."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; expected a directory")
     existing = sorted(item.name for item in out.iterdir()) if out.is_dir() else []
@@ -87,7 +88,7 @@ def _prepare_output(out: Path, force: bool) -> None:
         raise ValueError(f"--out {out} is not empty ({', '.join(existing[:5])}); pass --force to replace the "
                          "demo's files in it")
     for name in existing:
-        if name in DEMO_OUTPUTS:
+        if name in outputs:
             target = out / name
             if target.is_dir():
                 shutil.rmtree(target)
@@ -102,8 +103,9 @@ def _read_metrics(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def training_curve_figure(records: list[dict[str, Any]], *, test_bits_per_dim: float | None = None) -> Figure:
-    """Plot training and validation bits/dim against the step, from `metrics.jsonl` records."""
+def training_curve_figure(records: list[dict[str, Any]], *, test_bits_per_dim: float | None = None,
+                          unit: str = "bits/dim") -> Figure:
+    """Plot training and validation bits/dim (``unit`` names it, bits/sample for audio) against the step."""
     figure = Figure(figsize=(6.0, 3.5), dpi=100)
     axes = figure.subplots()
     for key, label in (("train_bits_per_dim", "training batches (raw weights)"),
@@ -116,7 +118,7 @@ def training_curve_figure(records: list[dict[str, Any]], *, test_bits_per_dim: f
         axes.axhline(test_bits_per_dim, color="black", linestyle="--", linewidth=1.0,
                      label=f"test, best validation checkpoint: {test_bits_per_dim:.3f}")
     axes.set_xlabel("step")
-    axes.set_ylabel("bits/dim")
+    axes.set_ylabel(unit)
     axes.set_title("exact negative log-likelihood during training", fontsize=9)
     axes.legend(fontsize=7)
     figure.subplots_adjust(bottom=0.15)

@@ -29,7 +29,9 @@ examples:
   torchrun --nproc-per-node 2 -m arflows evaluate runs/c10 --json
 
 bits/dim is the total code length of the split, sum of -log2 P(q) over all examples divided by the
-sum of their dimensions (not a mean of per-batch means). Data flags default to the options the run was
+sum of their dimensions (not a mean of per-batch means). Audio checkpoints evaluate every clip of the
+split whole, whatever its length, so the number is exact bits per sample over all samples of the
+split (printed as bits/sample; the JSON key stays bits_per_dim). Data flags default to the options the run was
 trained with (channels, crop, resize, K, split fractions and seed, --max-examples), so the test split
 is the one held out from training; flags given here replace them.
 """
@@ -54,7 +56,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                          help="same as --weights raw")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object (bits_per_dim, nats_per_example, num_examples, num_dims, "
-                             "dataset, split, checkpoint, ...) instead of text")
+                             "dataset, split, checkpoint, unit, ...) instead of text; for audio bits_per_dim "
+                             "is bits per sample and num_dims the number of samples")
     parser.add_argument("--batch-size", type=int, default=64, metavar="N",
                         help="examples per forward pass and process (default: 64)")
     parser.add_argument("--num-workers", type=int, default=0,
@@ -137,13 +140,26 @@ def run(args: argparse.Namespace) -> int:
         "step": metadata.get("step"),
         "precision": precision,
     }
+    is_audio = getattr(dataset, "sample_rate", None) is not None
+    report["unit"] = "bits/sample" if is_audio else "bits/dim"
+    if is_audio:
+        report["sample_rate"] = int(dataset.sample_rate)
+        report["receptive_field"] = metadata.get("receptive_field")
     if args.json:
         print(json.dumps(report))
         return 0
 
-    shape = "×".join(str(size) for size in metadata["flow"]["data_shape"])
     print(f"checkpoint   {report['checkpoint']} ({report['weights']} weights, step {report['step']}, "
           f"{metadata['flow']['model']})")
+    if is_audio:
+        lengths = dataset.lengths[dataset.indices(args.split)]
+        print(f"dataset      {spec}, {args.split} split: {result.num_examples} whole clips of {lengths.min()} to "
+              f"{lengths.max()} samples, {result.num_dims} samples at {dataset.sample_rate} Hz, "
+              f"K={metadata['flow']['num_bins']} ({dataset.quantization})")
+        print(f"bits/sample  {result.bits_per_dim:.6f}")
+        print(f"nats/clip    {result.nats_per_example:.4f}")
+        return 0
+    shape = "×".join(str(size) for size in metadata["flow"]["data_shape"])
     print(f"dataset      {spec}, {args.split} split: {result.num_examples} examples, {result.num_dims} "
           f"dimensions, K={metadata['flow']['num_bins']}, flow shape {shape}")
     print(f"bits/dim     {result.bits_per_dim:.6f}")

@@ -17,16 +17,20 @@ from arflows.cli.common import (
 )
 
 __all__ = [
+    "AudioFormat",
     "LoadedFlow",
     "add_checkpoint_arguments",
     "add_decoding_arguments",
+    "add_length_arguments",
     "add_split_arguments",
-    "check_image_flow",
+    "audio_format",
     "check_output_dir",
     "check_output_files",
     "load_checkpoint_flow",
     "load_split",
+    "positive_float",
     "positive_int",
+    "resolve_length",
 ]
 
 logger = logging.getLogger("arflows.cli")
@@ -62,6 +66,43 @@ def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--naive", action="store_true",
                         help="decode with the naive loop (one full network pass per step) even where the "
                              "flow has a faster cached path")
+
+
+def add_length_arguments(parser: argparse.ArgumentParser, *, default_text: str) -> None:
+    """Add `--length` (samples) and `--seconds`, the length of generated or cropped audio."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--length", type=positive_int, default=None, metavar="SAMPLES",
+                       help=f"audio only: length in samples (default: {default_text})")
+    group.add_argument("--seconds", type=positive_float, default=None, metavar="S",
+                       help="audio only: length in seconds at the checkpoint's sample rate, instead of --length")
+
+
+def resolve_length(args: argparse.Namespace, flow: Any, sample_rate: int | None) -> int | None:
+    """Return the audio length in samples that `--length` or `--seconds` sets, or None when neither is given.
+
+    Raises:
+        UsageError: If either flag is given for an image flow.
+    """
+    if args.length is None and args.seconds is None:
+        return None
+    if not flow.is_audio:
+        flag = "--length" if args.length is not None else "--seconds"
+        raise UsageError(f"{flag} applies to audio checkpoints only; this checkpoint contains an image flow of "
+                         f"shape {tuple(flow.data_shape)}")
+    if args.length is not None:
+        return args.length
+    return max(1, round(args.seconds * sample_rate))
+
+
+def positive_float(text: str) -> float:
+    """Parse a positive finite number flag value."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}; expected a positive number")
+    if not 0.0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{value} is not a positive finite number")
+    return value
 
 
 def add_split_arguments(parser: argparse.ArgumentParser, *, noise: bool = True) -> None:
@@ -105,20 +146,50 @@ def load_checkpoint_flow(args: argparse.Namespace) -> LoadedFlow:
     return LoadedFlow(flow, metadata, weights_fingerprint(flow))
 
 
-def check_image_flow(flow: Any, command: str) -> None:
-    """Raise UsageError for audio flows, which the latent commands do not handle yet."""
-    if flow.is_audio:
-        # TODO: audio needs WAV output and fixed-length crops of the variable-length evaluation clips.
-        raise UsageError(f"'arflows {command}' supports image flows only; this checkpoint contains an audio "
-                         f"flow of shape {tuple(flow.data_shape)}")
+@dataclass
+class AudioFormat:
+    """Sample rate and quantization with which an audio flow's levels become WAV files.
+
+    Attributes:
+        sample_rate: Samples per second of the training data, in Hz.
+        quantization: "mu-law" or "linear", the quantization of the training data.
+    """
+
+    sample_rate: int
+    quantization: str
+
+
+def audio_format(metadata: dict, *, sample_rate: int | None = None, stored: dict | None = None) -> AudioFormat:
+    """Return the sample rate and quantization of an audio checkpoint's data.
+
+    Looks, in order, at ``sample_rate`` (a `--sample-rate` flag), at ``stored`` (the metadata of a latent
+    file), at the dataset description of the checkpoint (written by `arflows train`) and at the data
+    options it was trained with.
+
+    Raises:
+        UsageError: If no sample rate is known. The message names the --sample-rate flag.
+    """
+    dataset = metadata.get("dataset") or {}
+    options = dataset.get("options") or {}
+    sources = [stored or {}, dataset, options]
+    rate = sample_rate
+    for source in sources:
+        if rate is None and source.get("sample_rate") is not None:
+            rate = int(source["sample_rate"])
+    quantization = next((source["quantization"] for source in sources if source.get("quantization")), "mu-law")
+    if rate is None:
+        raise UsageError(f"{metadata['path']} does not store the sample rate of its audio; pass --sample-rate HZ")
+    if rate < 1:
+        raise UsageError(f"--sample-rate must be a positive number of samples per second, got {rate}")
+    return AudioFormat(rate, quantization)
 
 
 def load_split(loaded: LoadedFlow, args: argparse.Namespace) -> tuple[Any, str, dict, int | None]:
     """Load the dataset for `args` and check it against the flow.
 
     The data options the checkpoint was trained with (channels, crop, resize, K, split seed, validation
-    fraction) apply unless flags override them. `--max-examples` is returned, not passed to
-    `load_dataset`, so that the partition stays the one of training.
+    fraction, the training run's file subset) apply unless flags override them. `--max-examples` is
+    returned, not passed to `load_dataset`, so that the partition stays the one of training.
 
     Returns:
         `(dataset, spec, options, max_examples)`.
@@ -131,7 +202,13 @@ def load_split(loaded: LoadedFlow, args: argparse.Namespace) -> tuple[Any, str, 
     from arflows.training import check_data_matches_flow
 
     spec, options = resolve_data_options(loaded.metadata, args)
-    max_examples = options.pop("max_examples", None)
+    # --max-examples here cuts the split. A --max-examples given to `arflows train` chose the files that
+    # were partitioned, so it stays a load option: without it the test split would be a different one.
+    max_examples = args.max_examples
+    options.pop("max_examples", None)
+    trained_options = (loaded.metadata.get("dataset") or {}).get("options") or {}
+    if trained_options.get("max_examples") is not None:
+        options["max_examples"] = trained_options["max_examples"]
     if max_examples is not None and max_examples < 1:
         raise UsageError(f"--max-examples must be a positive integer, got {max_examples}")
     try:

@@ -1,5 +1,7 @@
 """Latent-space tools: encoding, uniformity checks, interpolation and figures of an autoregressive flow."""
 
+from arflows.latent.audio import LATENT_PADDING, crop_or_pad, decode_clips, encode_clips, pad_clips, unpad
+from arflows.latent.audio_figures import audio_interpolation_figure, audio_latent_figure, waveform_figure
 from arflows.latent.encoding import EncodedSplit, decode_latents, encode_data, encode_split
 from arflows.latent.figures import (
     correlation_figure,
@@ -41,6 +43,7 @@ from arflows.latent.uniformity import (
 
 __all__ = [
     "INTERPOLATION_MODES",
+    "LATENT_PADDING",
     "Z_CLAMP",
     "EncodedSplit",
     "Inspection",
@@ -49,10 +52,15 @@ __all__ = [
     "LatentFile",
     "LatentFileError",
     "NeighbourCorrelation",
+    "audio_interpolation_figure",
+    "audio_latent_figure",
     "check_latents_match_flow",
     "correlation_figure",
+    "crop_or_pad",
     "data_latent_figure",
+    "decode_clips",
     "decode_latents",
+    "encode_clips",
     "encode_data",
     "encode_split",
     "figure_pixel_size",
@@ -68,11 +76,14 @@ __all__ = [
     "ks_uniform",
     "load_latents",
     "neighbour_correlations",
+    "pad_clips",
     "sample_and_reencode",
     "sample_grid_figure",
     "save_figure",
     "save_latents",
     "uniformity_summary",
+    "unpad",
+    "waveform_figure",
     "weights_fingerprint",
     "write_png",
 ]

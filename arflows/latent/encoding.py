@@ -129,13 +129,20 @@ def decode_latents(
 class EncodedSplit:
     r"""The latents of examples of a dataset split, with the data they came from.
 
+    Audio clips of varying length are padded at the end to the longest clip, and ``lengths`` gives
+    each clip's length T_i: ``latents[i, :, :T_i]`` belongs to clip i, and the rest is padding
+    (``LATENT_PADDING`` in the latents, level 0 in the data).
+
     Attributes:
-        latents: z in [0, 1], float32 or float64 (the flow's dtype), shape (N, *data_shape).
-        data: q, int64, shape (N, *data_shape).
+        latents: z in [0, 1], float32 or float64 (the flow's dtype), shape (N, *data_shape), or
+            (N, 1, max T_i) for audio clips.
+        data: q, int64, shape of the latents.
         indices: Index of each example in the whole dataset, int64, shape (N,).
         labels: Label of each example (-1 when unlabelled), int64, shape (N,).
-        log_det: :math:`\log P(q) + D \log K` of each example in nats, float64, shape (N,).
+        log_det: :math:`\log P(q) + D \log K` of each example in nats, float64, shape (N,), with
+            :math:`D = T_i` for audio clips.
         num_bins: The number of bins K of the data.
+        lengths: Length T_i of each audio clip, int64, shape (N,), or None for images.
     """
 
     latents: np.ndarray
@@ -144,19 +151,40 @@ class EncodedSplit:
     labels: np.ndarray
     log_det: np.ndarray
     num_bins: int
+    lengths: np.ndarray | None = None
 
     def figure(self, **options: Any) -> Figure:
-        """Return :func:`~arflows.latent.figures.data_latent_figure` of the data next to its latents."""
+        """Return the data next to its latents.
+
+        Images give :func:`~arflows.latent.figures.data_latent_figure`. Audio gives
+        :func:`~arflows.latent.audio_figures.audio_latent_figure`, which takes ``quantization`` and
+        ``sample_rate`` among the options.
+        """
+        if self.lengths is not None:
+            from arflows.latent.audio_figures import audio_latent_figure
+
+            return audio_latent_figure(self.data, self.latents, self.lengths, self.num_bins, **options)
+
         from arflows.latent.figures import data_latent_figure
 
         return data_latent_figure(self.data, self.latents, self.num_bins, **options)
 
     @property
+    def num_dims(self) -> np.ndarray:
+        """Dimensions D of each example (int64, (N,)): the length of an audio clip, else C·H·W."""
+        if self.lengths is not None:
+            return self.lengths.astype(np.int64)
+        return np.full(len(self.log_det), int(np.prod(self.data.shape[1:])), dtype=np.int64)
+
+    @property
     def bits_per_dim(self) -> float:
-        r"""Bits/dim of the encoded examples, :math:`-\sum_n \log_2 P(q_n) / (N D)`, from the log-dets."""
-        num_dims = int(np.prod(self.data.shape[1:]))
+        r"""Bits/dim of the encoded examples, :math:`-\sum_n \log_2 P(q_n) / \sum_n D_n`, from the log-dets.
+
+        For audio this is bits per sample over all samples of all clips, so long clips weigh more.
+        """
+        num_dims = self.num_dims
         log_prob = self.log_det - num_dims * np.log(self.num_bins)
-        return float(-log_prob.sum() / (len(log_prob) * num_dims * np.log(2.0)))
+        return float(-log_prob.sum() / (num_dims.sum() * np.log(2.0)))
 
 
 def encode_split(
@@ -201,8 +229,12 @@ def encode_split(
         raise ValueError(f"the {split} split of {dataset.spec!r} is empty; expected at least one example")
 
     pairs = [items[index] for index in range(count)]
-    q = torch.stack([torch.as_tensor(example) for example, _ in pairs])  # (N, *data_shape)
     labels = np.asarray([int(label) for _, label in pairs], dtype=np.int64)
+    if getattr(flow, "is_audio", False):
+        return _encode_clip_split(flow, pairs, indices[:count], labels, noise=noise, generator=generator,
+                                  batch_size=batch_size)
+
+    q = torch.stack([torch.as_tensor(example) for example, _ in pairs])  # (N, *data_shape)
     z, log_det = encode_data(flow, q, noise=noise, generator=generator, batch_size=batch_size)
     logger.info("encoded %d examples of the %s split of %s", count, split, dataset.spec)
 
@@ -214,3 +246,18 @@ def encode_split(
         log_det=log_det.to(torch.float64).numpy(),
         num_bins=int(flow.num_bins),
     )
+
+
+def _encode_clip_split(flow: torch.nn.Module, pairs: list, indices: np.ndarray, labels: np.ndarray, *,
+                       noise: Noise, generator: torch.Generator | None, batch_size: int) -> EncodedSplit:
+    """Encode whole audio clips of varying length; see :func:`~arflows.latent.audio.encode_clips`."""
+    from arflows.latent.audio import encode_clips, pad_clips
+
+    if isinstance(noise, Tensor):
+        raise TypeError("audio clips take noise 'uniform' or 'center', not a tensor, because their lengths vary")
+    clips = [torch.as_tensor(example) for example, _ in pairs]
+    latents, log_det, lengths = encode_clips(flow, clips, noise=noise, generator=generator, batch_size=batch_size)
+    data, _ = pad_clips([clip.to(torch.int64) for clip in clips], padding_value=0)
+    logger.info("encoded %d clips (%d samples)", len(clips), int(lengths.sum()))
+    return EncodedSplit(latents=latents, data=data, indices=indices, labels=labels, log_det=log_det,
+                        num_bins=int(flow.num_bins), lengths=lengths)

@@ -161,14 +161,15 @@ def interpolation_figure(data: ArrayLike, num_bins: int, weights: Sequence[float
     return figure
 
 
-def histogram_figure(z: ArrayLike, *, num_histogram_bins: int = 50, title: str = "latents",
-                     width_inches: float = 10.0) -> Figure:
+def histogram_figure(z: ArrayLike, *, lengths: ArrayLike | None = None, num_histogram_bins: int = 50,
+                     title: str = "latents", width_inches: float = 10.0) -> Figure:
     """Plot the marginal density of all latents and of each channel against the U(0, 1) density.
 
     Each panel shows a density histogram on [0, 1], the uniform density 1 as a line, and its KS test.
 
     Args:
         z: Latents of shape (N, C, H, W) or (N, 1, T).
+        lengths: For padded audio latents (N, 1, T), the clip lengths (N,); padding is left out.
         num_histogram_bins: Bins on [0, 1].
         title: Figure title (for example "data" or "re-encoded samples").
         width_inches: Figure width.
@@ -176,8 +177,14 @@ def histogram_figure(z: ArrayLike, *, num_histogram_bins: int = 50, title: str =
     array = as_numpy(z)
     if array.ndim < 3:
         raise ValueError(f"latents have shape {array.shape}; expected (N, C, H, W) or (N, 1, T)")
-    panels = [("all sub-pixels", array, ks_uniform(array))]
-    if array.shape[1] > 1:
+    if lengths is not None:
+        values = np.concatenate([clip.ravel() for clip in _unpad_latents(array, lengths)])
+        panels = [("all samples", values, ks_uniform(values))]
+    elif array.ndim == 3:
+        panels = [("all samples", array, ks_uniform(array))]
+    else:
+        panels = [("all sub-pixels", array, ks_uniform(array))]
+    if lengths is None and array.shape[1] > 1:
         for channel, result in enumerate(ks_per_channel(array)):
             panels.append((f"channel {channel}", array[:, channel], result))
 
@@ -195,6 +202,14 @@ def histogram_figure(z: ArrayLike, *, num_histogram_bins: int = 50, title: str =
     figure.suptitle(title, fontsize=10)
     figure.subplots_adjust(top=0.78, bottom=0.15, wspace=0.1)
     return figure
+
+
+def _unpad_latents(array: np.ndarray, lengths: ArrayLike) -> list[np.ndarray]:
+    """Return clip i of padded audio latents (N, 1, T) as its first lengths[i] values."""
+    lengths = np.asarray(lengths)
+    if array.ndim != 3 or lengths.shape != (array.shape[0],):
+        raise ValueError(f"lengths of shape {lengths.shape} need padded audio latents (N, 1, T); got {array.shape}")
+    return [array[row, 0, : int(length)] for row, length in enumerate(lengths)]
 
 
 def ks_map_figure(statistic_map: np.ndarray, num_examples: int, *, title: str = "KS statistic per dimension",

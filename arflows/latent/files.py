@@ -29,7 +29,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 LATENT_FILE_FORMAT = "arflows-latents"
-LATENT_FILE_VERSION = 1
+# Version 2 added the optional "lengths" array of audio clips; version 1 files read unchanged.
+LATENT_FILE_VERSION = 2
 
 PathLike = Union[str, os.PathLike]
 
@@ -69,7 +70,9 @@ class LatentFile:
         labels: Label of each example (-1 when unlabelled), int64, shape (N,).
         metadata: The flow configuration ("flow"), "data_shape", "num_bins", "weights_fingerprint",
             "dtype", and how the latents were made ("checkpoint", "weights", "step", "dataset", "split",
-            "noise", "seed").
+            "noise", "seed"; audio also "sample_rate" and "quantization").
+        lengths: For audio clips of varying length, the length T_i of each clip, int64, shape (N,); the
+            latents then have shape (N, 1, max T_i) and ``latents[i, :, T_i:]`` is padding. None otherwise.
     """
 
     path: Path
@@ -77,20 +80,22 @@ class LatentFile:
     indices: np.ndarray
     labels: np.ndarray
     metadata: dict[str, Any]
+    lengths: np.ndarray | None = None
 
 
 def save_latents(path: PathLike, latents: np.ndarray, indices: np.ndarray, labels: np.ndarray,
-                 *, flow: torch.nn.Module, info: dict[str, Any]) -> dict[str, Any]:
+                 *, flow: torch.nn.Module, info: dict[str, Any], lengths: np.ndarray | None = None) -> dict[str, Any]:
     """Write latents with their indices, labels and the flow's identity to an `.npz` file, atomically.
 
     Args:
         path: The file to write.
         latents: z in [0, 1], shape (N, *data_shape), in the flow's dtype, so that decoding reads exactly
-            the encoded values.
+            the encoded values. Audio clips of varying length: padded latents (N, 1, max T_i).
         indices: Dataset index of each example, shape (N,).
         labels: Label of each example, shape (N,).
         flow: The flow that encoded them; its configuration and weights fingerprint go into the metadata.
         info: JSON-serialisable facts about how the latents were made, stored with the metadata.
+        lengths: Length T_i of each audio clip, shape (N,), for padded audio latents; None otherwise.
 
     Returns:
         The metadata written.
@@ -102,6 +107,16 @@ def save_latents(path: PathLike, latents: np.ndarray, indices: np.ndarray, label
     if latents.shape[0] != len(indices) or latents.shape[0] != len(labels):
         raise ValueError(f"latents {latents.shape}, indices ({len(indices)},) and labels ({len(labels)},) must "
                          "describe the same number of examples")
+    arrays = {}
+    if lengths is not None:
+        lengths = np.asarray(lengths)
+        if latents.ndim != 3 or latents.shape[1] != 1 or lengths.shape != (latents.shape[0],):
+            raise ValueError(f"lengths {lengths.shape} need padded audio latents (N, 1, T) with one length per "
+                             f"clip; got latents {latents.shape}")
+        if lengths.min() < 1 or lengths.max() != latents.shape[-1]:
+            raise ValueError(f"lengths lie in [{lengths.min()}, {lengths.max()}]; expected positive lengths whose "
+                             f"maximum is the padded length {latents.shape[-1]}")
+        arrays["lengths"] = lengths.astype(np.int64)
     metadata = {
         "format": LATENT_FILE_FORMAT,
         "format_version": LATENT_FILE_VERSION,
@@ -116,7 +131,8 @@ def save_latents(path: PathLike, latents: np.ndarray, indices: np.ndarray, label
     }
     buffer = io.BytesIO()
     np.savez(buffer, latents=latents, indices=np.asarray(indices, dtype=np.int64),
-             labels=np.asarray(labels, dtype=np.int64), metadata=np.array(json.dumps(metadata, sort_keys=True)))
+             labels=np.asarray(labels, dtype=np.int64), metadata=np.array(json.dumps(metadata, sort_keys=True)),
+             **arrays)
     atomic_write_bytes(path, buffer.getvalue())
     return metadata
 
@@ -159,7 +175,8 @@ def load_latents(path: PathLike) -> LatentFile:
     if latents.dtype not in (np.float32, np.float64):
         raise LatentFileError(f"{path}: latents have dtype {latents.dtype}; expected float32 or float64")
     expected_shape = tuple(int(size) for size in metadata.get("data_shape", ()))
-    if latents.ndim < 2 or tuple(latents.shape[1:]) != expected_shape or latents.shape[0] < 1:
+    lengths = _read_lengths(path, contents, latents, expected_shape)
+    if lengths is None and (latents.ndim < 2 or tuple(latents.shape[1:]) != expected_shape or latents.shape[0] < 1):
         raise LatentFileError(f"{path}: latents have shape {latents.shape}; the metadata expects "
                               f"(N, {', '.join(map(str, expected_shape))}) with N >= 1")
     if np.isnan(latents).any():
@@ -173,7 +190,25 @@ def load_latents(path: PathLike) -> LatentFile:
             raise LatentFileError(f"{path}: {name} has shape {contents[name].shape}; expected "
                                   f"({latents.shape[0]},), one per latent")
     return LatentFile(path, latents, contents["indices"].astype(np.int64), contents["labels"].astype(np.int64),
-                      metadata)
+                      metadata, lengths)
+
+
+def _read_lengths(path: Path, contents: dict[str, np.ndarray], latents: np.ndarray,
+                  expected_shape: tuple[int, ...]) -> np.ndarray | None:
+    """Return the clip lengths of padded audio latents after checking them, or None if there are none."""
+    if "lengths" not in contents:
+        return None
+    lengths = contents["lengths"]
+    if len(expected_shape) != 2 or latents.ndim != 3 or latents.shape[1] != expected_shape[0] or latents.shape[0] < 1:
+        raise LatentFileError(f"{path}: latents have shape {latents.shape} with clip lengths; expected padded "
+                              "audio latents (N, 1, T) with N >= 1")
+    if lengths.shape != (latents.shape[0],) or not np.issubdtype(lengths.dtype, np.integer):
+        raise LatentFileError(f"{path}: lengths has shape {lengths.shape} and dtype {lengths.dtype}; expected "
+                              f"({latents.shape[0]},) integers, one per clip")
+    if lengths.min() < 1 or lengths.max() != latents.shape[-1]:
+        raise LatentFileError(f"{path}: lengths lie in [{lengths.min()}, {lengths.max()}]; expected positive "
+                              f"lengths whose maximum is the padded length {latents.shape[-1]}")
+    return lengths.astype(np.int64)
 
 
 def check_latents_match_flow(latent_file: LatentFile, flow: torch.nn.Module, fingerprint: str, *,

@@ -38,6 +38,7 @@ def sample_and_reencode(
     generator: torch.Generator | None = None,
     batch_size: int = 256,
     naive: bool | None = None,
+    length: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Draw samples by decoding uniform latents, then encode them again with fresh uniform noise.
 
@@ -52,13 +53,22 @@ def sample_and_reencode(
         generator: CPU random generator of the latents and the noise.
         batch_size: Examples per decoding loop and encoding pass.
         naive: Passed on to :func:`~arflows.latent.encoding.decode_latents`.
+        length: For audio flows, the number of samples T per sample (default: the flow's data shape).
 
     Returns:
-        The samples q (int64) and their re-encoded latents, both of shape (N, *data_shape).
+        The samples q (int64) and their re-encoded latents, both of shape (N, *data_shape) (audio
+        (N, 1, length)).
     """
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
-    z = torch.rand((num_samples, *flow.data_shape), generator=generator, dtype=flow_dtype(flow))
+    shape = tuple(flow.data_shape)
+    if length is not None:
+        if not getattr(flow, "is_audio", False):
+            raise ValueError("length applies to audio flows only; image flows sample their data shape")
+        if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+            raise ValueError(f"length must be a positive number of samples, got {length!r}")
+        shape = (1, length)
+    z = torch.rand((num_samples, *shape), generator=generator, dtype=flow_dtype(flow))
     samples = decode_latents(flow, z, batch_size=batch_size, naive=naive)
     reencoded, _ = encode_data(flow, samples, noise="uniform", generator=generator, batch_size=batch_size)
     return samples.numpy(), reencoded.numpy()
@@ -85,16 +95,18 @@ class Inspection:
     """The uniformity checks of :func:`inspect_latents`.
 
     Attributes:
-        data_latents: Latents of the data, shape (N, *data_shape).
+        data_latents: Latents of the data, shape (N, *data_shape), or padded audio latents (N, 1, T).
         samples: Model samples, int64, shape (M, *data_shape), or None when no samples were drawn.
         sample_latents: Their re-encoded latents, or None.
         summary: JSON-serialisable dict with keys "data", "samples" (or None), "verdict" and "note".
+        data_lengths: Lengths of the audio clips behind padded ``data_latents``, int64 (N,), or None.
     """
 
     data_latents: np.ndarray
     samples: np.ndarray | None
     sample_latents: np.ndarray | None
     summary: dict[str, Any]
+    data_lengths: np.ndarray | None = None
 
     def figures(self) -> dict[str, Figure]:
         """Return the histograms, KS maps and neighbour correlations as named figures.
@@ -103,17 +115,17 @@ class Inspection:
         with samples) and "correlations".
         """
         figures = {}
-        sources = {"data": self.data_latents}
+        sources = {"data": (self.data_latents, self.data_lengths)}
         if self.sample_latents is not None:
-            sources["samples"] = self.sample_latents
+            sources["samples"] = (self.sample_latents, None)
         titles = {"data": "latents of the data", "samples": "latents of re-encoded model samples"}
-        for name, latents in sources.items():
-            figures[f"{name}_histogram"] = histogram_figure(latents, title=titles[name])
-            statistic_map, _ = ks_statistic_map(latents)
+        for name, (latents, lengths) in sources.items():
+            figures[f"{name}_histogram"] = histogram_figure(latents, lengths=lengths, title=titles[name])
+            statistic_map, _ = ks_statistic_map(latents, lengths)
             figures[f"{name}_ks_map"] = ks_map_figure(statistic_map, latents.shape[0],
                                                       title=f"KS statistic per dimension, {titles[name]}")
         figures["correlations"] = correlation_figure(
-            {name: neighbour_correlations(latents) for name, latents in sources.items()}
+            {name: neighbour_correlations(latents, lengths) for name, (latents, lengths) in sources.items()}
         )
         return figures
 
@@ -126,16 +138,20 @@ def inspect_latents(
     generator: torch.Generator | None = None,
     batch_size: int = 256,
     naive: bool | None = None,
+    lengths: ArrayLike | None = None,
+    sample_length: int | None = None,
 ) -> Inspection:
     """Check data latents for uniformity and compare with the re-encoded samples of the model.
 
     Args:
         flow: The flow that encoded the data.
-        data_latents: Latents of data, shape (N, *data_shape).
+        data_latents: Latents of data, shape (N, *data_shape), or padded audio latents (N, 1, T).
         num_samples: Samples to draw and re-encode; 0 skips them (sampling is a sequential decode).
         generator: CPU random generator of the samples and their noise.
         batch_size: Examples per decoding loop and encoding pass.
         naive: Passed on to :func:`~arflows.latent.encoding.decode_latents`.
+        lengths: Clip lengths (N,) of padded audio latents; padding is left out of every statistic.
+        sample_length: Samples per audio sample (default: the flow's data shape).
 
     Returns:
         The latents, samples and a summary with KS tests, KS map summaries, neighbour correlations and a
@@ -144,12 +160,13 @@ def inspect_latents(
     data_latents = as_numpy(data_latents)
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 0:
         raise ValueError(f"num_samples must be a non-negative integer, got {num_samples!r}")
-    data_summary = uniformity_summary(data_latents)
+    data_lengths = None if lengths is None else np.asarray(lengths, dtype=np.int64)
+    data_summary = uniformity_summary(data_latents, lengths=data_lengths)
 
     samples = sample_latents = sample_summary = None
     if num_samples > 0:
         samples, sample_latents = sample_and_reencode(flow, num_samples, generator=generator,
-                                                      batch_size=batch_size, naive=naive)
+                                                      batch_size=batch_size, naive=naive, length=sample_length)
         sample_summary = uniformity_summary(sample_latents)
 
     summary = {
@@ -160,4 +177,4 @@ def inspect_latents(
     }
     logger.info("latent inspection: %s", summary["verdict"])
     return Inspection(data_latents, samples, None if sample_latents is None else as_numpy(sample_latents),
-                      summary)
+                      summary, data_lengths)

@@ -97,7 +97,8 @@ class Interpolation:
     """Decoded interpolations between pairs of examples.
 
     Attributes:
-        data: Decoded data, int64, shape (P, S, *data_shape); [:, 0] and [:, -1] are the two examples.
+        data: Decoded data, int64, shape (P, S, *data_shape) (audio (P, S, 1, T)); [:, 0] and [:, -1] are
+            the two examples.
         latents: The interpolated latents, shape (P, S, *data_shape).
         weights: Weight w of the first example at each step, float64, shape (S,).
         mode: "gaussian" or "linear".
@@ -113,7 +114,13 @@ class Interpolation:
     num_bins: int
 
     def figure(self, **options: Any) -> Figure:
-        """Return :func:`~arflows.latent.figures.interpolation_figure` of the decoded grid."""
+        """Return the decoded grid: :func:`~arflows.latent.figures.interpolation_figure` for images,
+        :func:`~arflows.latent.audio_figures.audio_interpolation_figure` (which takes ``quantization``
+        and ``sample_rate``) for audio of shape (P, S, 1, T)."""
+        if self.data.ndim == 4:
+            from arflows.latent.audio_figures import audio_interpolation_figure
+
+            return audio_interpolation_figure(self.data, self.num_bins, self.weights, mode=self.mode, **options)
         return interpolation_figure(self.data, self.num_bins, self.weights, mode=self.mode, **options)
 
 

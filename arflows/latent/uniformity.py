@@ -121,27 +121,61 @@ def ks_uniform(values: ArrayLike) -> KSResult:
     return KSResult(statistic, float(result.pvalue), int(flat.size), _dkw_log10_bound(statistic, flat.size))
 
 
-def ks_per_channel(z: ArrayLike) -> list[KSResult]:
-    """Run :func:`ks_uniform` on each channel of latents of shape (N, C, ...); return C results."""
-    array = as_numpy(z)
-    _check_latents(array, 2)
-    return [ks_uniform(array[:, channel]) for channel in range(array.shape[1])]
+def _check_lengths(array: np.ndarray, lengths: ArrayLike | None) -> np.ndarray | None:
+    """Return lengths as int64 after checking them against padded audio latents (N, 1, T)."""
+    if lengths is None:
+        return None
+    lengths = np.asarray(lengths)
+    if array.ndim != 3 or lengths.shape != (array.shape[0],):
+        raise ValueError(f"lengths of shape {lengths.shape} need padded audio latents (N, 1, T) with one length "
+                         f"per clip; got latents of shape {array.shape}")
+    if lengths.min() < 1 or lengths.max() > array.shape[-1]:
+        raise ValueError(f"lengths lie in [{lengths.min()}, {lengths.max()}]; expected values in "
+                         f"[1, {array.shape[-1]}]")
+    return lengths.astype(np.int64)
 
 
-def ks_statistic_map(z: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    r"""Compute the KS statistic against U(0, 1) separately at every dimension, across examples.
+def _valid(array: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
+    """Return the latents before each clip's end as one flat array (all latents without lengths)."""
+    if lengths is None:
+        return array.ravel()
+    return np.concatenate([array[row, :, :length].ravel() for row, length in enumerate(lengths)])
 
-    At each dimension d the N values :math:`z_{1d}, \dots, z_{Nd}` are one sample, so a model that fits
-    some positions (say the image border) better than others shows up as a pattern in the map.
 
-    Args:
-        z: Latents of shape (N, *data_shape), N >= 1.
+def ks_per_channel(z: ArrayLike, lengths: ArrayLike | None = None) -> list[KSResult]:
+    """Run :func:`ks_uniform` on each channel of latents of shape (N, C, ...); return C results.
 
-    Returns:
-        The statistics :math:`D_N` and their p-values (``scipy.stats.kstwo``), each of shape data_shape.
+    With ``lengths`` (padded audio latents (N, 1, T)), only the values before each clip's end count.
     """
     array = as_numpy(z)
     _check_latents(array, 2)
+    lengths = _check_lengths(array, lengths)
+    if lengths is not None:
+        return [ks_uniform(_valid(array, lengths))]
+    return [ks_uniform(array[:, channel]) for channel in range(array.shape[1])]
+
+
+def ks_statistic_map(z: ArrayLike, lengths: ArrayLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+    r"""Compute the KS statistic against U(0, 1) separately at every dimension, across examples.
+
+    At each dimension d the N values :math:`z_{1d}, \dots, z_{Nd}` are one sample, so a model that fits
+    some positions (say the image border, or the first steps of a clip) better than others shows up as a
+    pattern in the map.
+
+    Args:
+        z: Latents of shape (N, *data_shape), N >= 1.
+        lengths: For padded audio latents (N, 1, T), the clip lengths (N,). The map then covers the
+            steps that every clip has, t < min(lengths).
+
+    Returns:
+        The statistics :math:`D_N` and their p-values (``scipy.stats.kstwo``), each of shape data_shape,
+        or (1, min(lengths)) with lengths.
+    """
+    array = as_numpy(z)
+    _check_latents(array, 2)
+    lengths = _check_lengths(array, lengths)
+    if lengths is not None:
+        array = array[:, :, : int(lengths.min())]
     num_examples = array.shape[0]
 
     # (N, *shape) -> (N, D): the vectorised two-sided statistic over the sorted sample of each column.
@@ -201,11 +235,13 @@ def _pearson(first: np.ndarray, second: np.ndarray, direction: str) -> Neighbour
     return NeighbourCorrelation(direction, correlation, num_pairs, z_score, p_value)
 
 
-def neighbour_correlations(z: ArrayLike) -> dict[str, NeighbourCorrelation]:
+def neighbour_correlations(z: ArrayLike, lengths: ArrayLike | None = None) -> dict[str, NeighbourCorrelation]:
     """Correlate each latent with its left neighbour, the one above it and the previous channel.
 
     Args:
         z: Latents of shape (N, C, H, W) or (N, 1, T).
+        lengths: For padded audio latents (N, 1, T), the clip lengths (N,): "left" then pairs step t with
+            step t - 1 for 1 <= t < lengths[i] only.
 
     Returns:
         A dict from direction to :class:`NeighbourCorrelation`. "above" needs images with H >= 2,
@@ -214,6 +250,13 @@ def neighbour_correlations(z: ArrayLike) -> dict[str, NeighbourCorrelation]:
     """
     array = as_numpy(z)
     _check_latents(array, 3)
+    lengths = _check_lengths(array, lengths)
+    if lengths is not None:
+        if lengths.max() < 2:
+            return {}
+        current = np.concatenate([array[row, 0, 1:length] for row, length in enumerate(lengths)])
+        previous = np.concatenate([array[row, 0, : length - 1] for row, length in enumerate(lengths)])
+        return {"left": _pearson(current, previous, "left")}
     correlations = {}
     if array.shape[-1] >= 2:
         correlations["left"] = _pearson(array[..., 1:], array[..., :-1], "left")
@@ -224,11 +267,14 @@ def neighbour_correlations(z: ArrayLike) -> dict[str, NeighbourCorrelation]:
     return correlations
 
 
-def uniformity_summary(z: ArrayLike, *, num_histogram_bins: int = 50) -> dict[str, Any]:
+def uniformity_summary(z: ArrayLike, *, lengths: ArrayLike | None = None,
+                       num_histogram_bins: int = 50) -> dict[str, Any]:
     """Summarise how uniform and independent latents look, as a JSON-serialisable dictionary.
 
     Args:
         z: Latents of shape (N, C, H, W) or (N, 1, T).
+        lengths: For padded audio latents (N, 1, T), the clip lengths (N,). Padding is left out of
+            every statistic, and the KS map covers the steps that every clip has.
         num_histogram_bins: Bins of the marginal histogram on [0, 1].
 
     Returns:
@@ -239,15 +285,17 @@ def uniformity_summary(z: ArrayLike, *, num_histogram_bins: int = 50) -> dict[st
     """
     array = as_numpy(z)
     _check_latents(array, 3)
-    statistic_map, p_map = ks_statistic_map(array)
-    densities, _ = np.histogram(array, bins=num_histogram_bins, range=(0.0, 1.0), density=True)
-    return {
+    lengths = _check_lengths(array, lengths)
+    values = _valid(array, lengths)
+    statistic_map, p_map = ks_statistic_map(array, lengths)
+    densities, _ = np.histogram(values, bins=num_histogram_bins, range=(0.0, 1.0), density=True)
+    summary = {
         "shape": list(array.shape),
-        "min": float(array.min()),
-        "max": float(array.max()),
-        "mean": float(array.mean()),
-        "ks": ks_uniform(array).to_dict(),
-        "ks_per_channel": [result.to_dict() for result in ks_per_channel(array)],
+        "min": float(values.min()),
+        "max": float(values.max()),
+        "mean": float(values.mean()),
+        "ks": ks_uniform(values).to_dict(),
+        "ks_per_channel": [result.to_dict() for result in ks_per_channel(array, lengths)],
         "ks_map": {
             "mean_statistic": float(statistic_map.mean()),
             "max_statistic": float(statistic_map.max()),
@@ -255,8 +303,12 @@ def uniformity_summary(z: ArrayLike, *, num_histogram_bins: int = 50) -> dict[st
             "num_examples_per_dimension": int(array.shape[0]),
         },
         "neighbour_correlations": {
-            direction: result.to_dict() for direction, result in neighbour_correlations(array).items()
+            direction: result.to_dict() for direction, result in neighbour_correlations(array, lengths).items()
         },
         "histogram_density": [float(value) for value in densities],
         "note": NECESSARY_NOT_SUFFICIENT,
     }
+    if lengths is not None:
+        summary["lengths"] = {"min": int(lengths.min()), "max": int(lengths.max()), "total": int(lengths.sum())}
+        summary["ks_map"]["num_steps"] = int(statistic_map.shape[-1])
+    return summary
