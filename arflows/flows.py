@@ -170,15 +170,17 @@ class AutoregressiveFlow(nn.Module):
 
         num_components = raw.shape[1] // (1 + 2 * channels + channels * (channels - 1) // 2)
         per_channel = channels * num_components
-        logits = raw[:, :num_components].movedim(1, -1)  # (B, *S, M)
+        num_pairs = channels * (channels - 1) // 2
+        # One split rather than four slices: its backward pass assembles the gradient of raw in one tensor,
+        # where each slice would add a zero-filled tensor of raw's size.
+        logits, means, log_scales, coefficients = raw.split(
+            [num_components, per_channel, per_channel, num_pairs * num_components], dim=1
+        )
+        logits = logits.movedim(1, -1)  # (B, *S, M)
         # (B, C*M, *S) -> (B, C, M, *S) -> (B, C, *S, M)
-        means = raw[:, num_components : num_components + per_channel]
         means = means.reshape(batch, channels, num_components, *spatial).movedim(2, -1)
-        log_scales = raw[:, num_components + per_channel : num_components + 2 * per_channel]
         log_scales = log_scales.reshape(batch, channels, num_components, *spatial).movedim(2, -1)
         log_scales = log_scales.clamp(min=LOG_SCALE_MIN)
-        num_pairs = channels * (channels - 1) // 2
-        coefficients = raw[:, num_components + 2 * per_channel :]
         coefficients = coefficients.reshape(batch, num_pairs, num_components, *spatial).movedim(2, -1)
         return logits, means, log_scales, torch.tanh(coefficients)
 
@@ -267,22 +269,49 @@ class AutoregressiveFlow(nn.Module):
                 yield (slice(None), slice(None), *position)
 
     @torch.no_grad()
-    def decode(self, z: Tensor, *, continuous: bool = False) -> Tensor:
-        r"""Map latents back to data with the naive sequential loop: one network pass per step.
+    def decode(self, z: Tensor, *, continuous: bool = False, naive: bool = False) -> Tensor:
+        r"""Map latents back to data, by default with cached incremental generation.
 
-        Each step runs the network on the whole canvas and the inverse transform on the whole tensor, then
-        keeps only the current step. Evaluating the transform on the same shapes as :meth:`encode` makes
-        every floating-point bin edge bit-identical to the one encoding used, so that decoding is exact
-        even for latents on a bin edge. Memory stays that of one pass, whatever the number of steps.
+        The naive loop (``naive=True``) runs, at each step, the network on the whole canvas and the inverse
+        transform on the whole tensor, then keeps only the current step. Evaluating the transform on the
+        same shapes as :meth:`encode` makes every floating-point bin edge bit-identical to the one encoding
+        used, so that decoding is exact even for latents on a bin edge. Memory stays that of one pass,
+        whatever the number of steps.
+
+        The fast path (:mod:`arflows.generation`) computes each feature of the network once, at the step at
+        which it becomes final, from cached features, so the whole decode costs about one parallel pass
+        plus a per-step overhead. Its cached features can differ from the full pass in the last bits, which
+        changes a decision only where z lies within rounding distance of a bin edge. So the fast path then
+        verifies itself: one parallel pass on its proposal gives the naive loop's decision at every step
+        given the proposal's earlier steps; at the first disagreement it takes the naive decision and
+        resumes from the next step (after 8 repairs, the naive loop finishes). The returned q and u are
+        therefore the naive loop's, bit for bit, even for latents on bin edges, provided that the network
+        computes each output element with the same arithmetic whatever the values at positions it does
+        not depend on. PyTorch's CPU convolutions (oneDNN direct and im2col with GEMM) do; Winograd or FFT
+        convolutions, which some GPU libraries choose, would not. Networks without a cached decoder (not
+        exactly PixelCNN, GatedPixelCNN, PixelCNNPlusPlus or WaveNet) use the naive loop.
 
         Args:
             z: Latents in [0, 1], shape (B, *data_shape).
             continuous: Return x = (q + u)/K instead of q.
+            naive: Use the naive loop.
 
         Returns:
             q (long) or x, shape of z.
         """
         z = self.check_latent(z)
+        if not naive:
+            from arflows import generation
+
+            with self._deterministic():
+                dtype = next(self.net.parameters()).dtype
+                decoded = generation.fast_decode(self, z.to(dtype))
+            if decoded is not None:
+                q, u = decoded
+                if continuous:
+                    return (q.to(u.dtype) + u) / self.num_bins
+                return q
+
         with self._deterministic():
             dtype = next(self.net.parameters()).dtype
             z = z.to(dtype)
@@ -299,7 +328,12 @@ class AutoregressiveFlow(nn.Module):
 
     @torch.no_grad()
     def sample(
-        self, num_samples: int, generator: Optional[torch.Generator] = None, length: Optional[int] = None
+        self,
+        num_samples: int,
+        generator: Optional[torch.Generator] = None,
+        length: Optional[int] = None,
+        *,
+        naive: bool = False,
     ) -> Tensor:
         """Draw samples by decoding uniform latents.
 
@@ -307,6 +341,7 @@ class AutoregressiveFlow(nn.Module):
             num_samples: Number of examples B >= 1.
             generator: Random generator for the latents.
             length: For audio, the number of steps T (default: the flow's data shape).
+            naive: Decode with the naive loop instead of cached generation (same result, see :meth:`decode`).
 
         Returns:
             q, long, shape (B, *data_shape) (audio (B, 1, length)).
@@ -323,7 +358,7 @@ class AutoregressiveFlow(nn.Module):
         dtype = next(self.net.parameters()).dtype
         device = next(self.net.parameters()).device
         z = torch.rand((num_samples, *shape), generator=generator, dtype=dtype, device=device)
-        return self.decode(z)
+        return self.decode(z, naive=naive)
 
 
 def _build_net(model: str, data_shape: Tuple[int, ...], num_bins: int, hyperparameters: Dict[str, Any]):

@@ -146,7 +146,61 @@ def cat_log_prob(q: Tensor, logits: Tensor) -> Tensor:
     Returns:
         Log-probabilities, shape (...).
     """
-    return torch.log_softmax(logits, dim=-1).gather(-1, q.unsqueeze(-1)).squeeze(-1)
+    return _CategoricalLogProb.apply(q, logits)
+
+
+class _CategoricalLogProb(torch.autograd.Function):
+    r"""Compute :math:`\log \pi_q` with one log-softmax pass and an in-place backward pass.
+
+    ``log_softmax(logits, -1).gather(...)`` copies logits whose class dimension is not the innermost one
+    (the strided view that :meth:`arflows.flows.AutoregressiveFlow.parameters_of` returns) and then builds
+    two more tensors of the logits' size in the backward pass (a zero-filled scatter target and the
+    softmax gradient). Here the log-softmax runs along the class dimension where it lies in memory, and the
+    backward pass writes the gradient :math:`g (\mathbb{1}_{k = q} - \pi_k)` into one new tensor in
+    place. For K = 256 these are the largest tensors of a PixelCNN training step.
+    """
+
+    @staticmethod
+    def forward(ctx, q: Tensor, logits: Tensor) -> Tensor:  # type: ignore[override]
+        dim = _class_dim_in_memory(logits)
+        log_probs = torch.log_softmax(logits.movedim(-1, dim), dim=dim)  # classes at dim, contiguous
+        index = q.unsqueeze(dim)
+        ctx.dim = dim
+        ctx.save_for_backward(index, log_probs)
+        return log_probs.gather(dim, index).squeeze(dim)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor) -> Tuple[None, Tensor]:  # type: ignore[override]
+        index, log_probs = ctx.saved_tensors
+        dim = ctx.dim
+        grad = grad.unsqueeze(dim).to(log_probs.dtype)
+        # -g * softmax, then +g at the observed bin.
+        grad_logits = log_probs.exp().mul_(-grad).scatter_add_(dim, index, grad.expand(index.shape))
+        return None, grad_logits.movedim(dim, -1)
+
+
+def _class_dim_in_memory(logits: Tensor) -> int:
+    """Return the position d at which ``logits.movedim(-1, d)`` has its dimensions in memory order.
+
+    Memory order means non-increasing strides over the dimensions of size > 1. A softmax along d then reads
+    rows of the underlying storage, with at most a cheap copy that closes gaps between slices (as in a
+    channel slice of a network's output), instead of transposing the logits. The last position is the
+    fallback when no position qualifies.
+    """
+    last = logits.dim() - 1
+    for dim in range(last, -1, -1):
+        moved = logits.movedim(-1, dim)
+        strides = [stride for stride, size in zip(moved.stride(), moved.shape) if size > 1]
+        if all(outer >= inner for outer, inner in zip(strides, strides[1:])):
+            return dim
+    return last
+
+
+def _log_softmax_last(logits: Tensor) -> Tensor:
+    """Compute ``log_softmax(logits, dim=-1)`` along the last dimension's place in memory; same shape."""
+    dim = _class_dim_in_memory(logits)
+    return torch.log_softmax(logits.movedim(-1, dim), dim=dim).movedim(dim, -1)
 
 
 def cat_bin_bounds(q: Tensor, logits: Tensor) -> Tuple[Tensor, Tensor]:
@@ -470,11 +524,38 @@ def multivariate_dmol_log_prob(
     Returns:
         Log-probabilities, shape (B, C, ...); their sum over C is the pixel's mixture log-probability.
     """
-    per_channel = []
-    for channel in range(q.shape[1]):
-        params = channel_conditionals(q, channel, logits, means, log_scales, coefficients, num_bins)
-        per_channel.append(dmol_log_prob(q[:, channel], *params, num_bins))
-    return torch.stack(per_channel, dim=1)
+    # All channels at once. With A_c = log w + sum_{c' < c} log P_m(q_c') (the unnormalized logits of
+    # channel_conditionals) and L_c = logsumexp_m A_c, channel c's conditional is
+    # logsumexp_m(A_c - L_c + log P_m(q_c)) = L_{c+1} - L_c, and L_0 = 0 because w is normalized.
+    component = dmol_component_log_prob(q, _conditional_means(q, means, coefficients, num_bins), log_scales,
+                                        num_bins)  # (B, C, ..., M)
+    prefix = _log_softmax_last(logits).unsqueeze(1) + torch.cumsum(component, dim=1)  # A_{c+1}
+    log_normalizers = torch.logsumexp(prefix, dim=-1)  # (B, C, ...): L_1 .. L_C
+    previous = F.pad(log_normalizers[:, :-1], [0] * (2 * (q.dim() - 2)) + [1, 0])  # L_0 .. L_{C-1}
+    return log_normalizers - previous
+
+
+def _conditional_means(q: Tensor, means: Tensor, coefficients: Tensor, num_bins: int) -> Tensor:
+    r"""Shift every channel's means by its earlier channels: :math:`\mu_{c,m} + \sum_{c'<c} \alpha_{c,c',m} x_{c'}`.
+
+    The same sums as :func:`channel_conditionals`, added in the same order, for all channels in one call.
+
+    Args:
+        q: Bins, long, shape (B, C, ...).
+        means: Shape (B, C, ..., M).
+        coefficients: Bounded coefficients, shape (B, C(C-1)/2, ..., M).
+        num_bins: The number of bins K.
+
+    Returns:
+        Conditional means, shape (B, C, ..., M).
+    """
+    channels = q.shape[1]
+    if channels == 1:
+        return means
+    # Pair p couples channel rows[p] to the earlier channel columns[p], in the order (1,0), (2,0), (2,1), ...
+    rows, columns = torch.tril_indices(channels, channels, offset=-1, device=q.device)
+    values = (2.0 * q.to(means.dtype) / (num_bins - 1) - 1.0).unsqueeze(-1)  # (B, C, ..., 1)
+    return means.index_add(1, rows, coefficients * values[:, columns])
 
 
 def multivariate_dmol_encode(

@@ -86,10 +86,12 @@ class PixelResidualBlock(nn.Module):
 
     def forward(self, h: Tensor) -> Tensor:
         """Update the residual stream, ``(B, F, H, W) -> (B, F, H, W)``."""
+        # The convolution outputs are fresh tensors that no backward pass reads, so the activations and the
+        # residual sum may overwrite them, which saves three tensors per block.
         residual = self.down(F.relu(h))
-        residual = self.conv(F.relu(residual))
-        residual = self.up(self.dropout(F.relu(residual)))
-        return h + residual
+        residual = self.conv(F.relu(residual, inplace=True))
+        residual = self.up(self.dropout(F.relu(residual, inplace=True)))
+        return residual.add_(h)
 
 
 class PixelCNN(nn.Module):
@@ -209,7 +211,8 @@ class GatedPixelBlock(nn.Module):
     def forward(self, v: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
         """Update both stacks, each ``(B, F, H, W) -> (B, F, H, W)``."""
         v_pre = self.vertical_conv(v)
-        h_pre = self.horizontal_conv(h) + self.link(v_pre)
+        # In place on the fresh 1×1 output, which saves a tensor of 2F channels; the sum is the same.
+        h_pre = self.link(v_pre).add_(self.horizontal_conv(h))
 
         v = self.gate(v_pre)
         h = h + self.horizontal_out(self.dropout(self.gate(h_pre)))
@@ -299,7 +302,7 @@ class GatedPixelCNN(nn.Module):
         # image ends for the vertical stack. The scaled input x alone cannot, since it can be 0 inside.
         ones = torch.ones_like(x[:, :1])
         v_pre = self.vertical_input(self.down_shift(torch.cat([x, ones], dim=1)))
-        h_pre = self.horizontal_input(x) + self.input_link(v_pre)
+        h_pre = self.input_link(v_pre).add_(self.horizontal_input(x))
         v = self.gate(v_pre)
         h = self.gate(h_pre)
 

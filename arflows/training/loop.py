@@ -28,6 +28,7 @@ from arflows.training.distributed import (
     init_distributed,
 )
 from arflows.training.evaluation import autocast_context, evaluate_dataset
+from arflows.training.performance import compile_network, fused_adam_supported, retain_freed_memory
 from arflows.training.reporting import MetricsLog, progress_bar
 from arflows.training.results import ConfigurationError, NonFiniteLossError, TrainingSummary
 from arflows.training.sampling import EpochBatchSampler
@@ -115,6 +116,10 @@ class _TrainingRun:
             except checkpoints.CheckpointError as error:
                 raise ConfigurationError(f"cannot resume: {error}") from error
 
+        if self.device.type == "cpu":
+            # Each step frees and reallocates the same activations; reusing them saves page faults.
+            retain_freed_memory()
+
         _seed_all(config.seed)
         self._load_data()
         self._build_flow(checkpoint)
@@ -122,6 +127,8 @@ class _TrainingRun:
 
         if checkpoint is not None:
             self._restore(checkpoint)
+        if config.compile:
+            self._compile()
 
     def _load_data(self) -> None:
         from arflows.data import load_dataset
@@ -135,6 +142,9 @@ class _TrainingRun:
             self.train_set = self.dataset.split("train", **split_options)
             self.val_split = find_validation_split(self.dataset.split_names)
             self.val_set = self.dataset.split(self.val_split) if self.val_split else None
+            if self.val_set is not None and len(self.val_set) == 0:
+                # An empty split (validation_fraction=0) is treated as none, because evaluating it fails.
+                self.val_set = None
         except (ValueError, TypeError, OSError) as error:
             # OSError covers missing or unreadable files and failed downloads (DownloadError).
             raise ConfigurationError(f"cannot load dataset {config.data!r}: {error}") from error
@@ -146,7 +156,7 @@ class _TrainingRun:
                                      f"examples, fewer than one batch of {config.batch_size}; lower "
                                      "--batch-size")
         if self.val_set is None:
-            logger.warning("dataset %s has no validation split (splits: %s); best.pt will not be written",
+            logger.warning("dataset %s has no validation examples (splits: %s); best.pt will not be written",
                            config.data, ", ".join(self.dataset.split_names))
 
         # The loader gets its own generator: DataLoader otherwise draws worker seeds from the global
@@ -187,6 +197,27 @@ class _TrainingRun:
         num_parameters = sum(parameter.numel() for parameter in self.flow.parameters())
         logger.info("%s flow with %s parameters for %s data with K=%d", config.model,
                     f"{num_parameters:,}", format_shape(tuple(self.dataset.data_shape)), self.dataset.num_bins)
+        self._log_receptive_field()
+
+    @property
+    def receptive_field(self) -> Optional[int]:
+        """Past samples that the network reads at each step (WaveNet), None for image networks."""
+        value = getattr(self.flow.net, "receptive_field", None)
+        return None if value is None else int(value)
+
+    def _log_receptive_field(self) -> None:
+        receptive_field = self.receptive_field
+        if receptive_field is None:
+            return
+        sample_rate = getattr(self.dataset, "sample_rate", None)
+        duration = f" ({1000.0 * receptive_field / sample_rate:.1f} ms at {sample_rate} Hz)" if sample_rate else ""
+        logger.info("receptive field: %d samples%s", receptive_field, duration)
+        segment_length = self.config.segment_length
+        if segment_length is not None and segment_length < receptive_field:
+            # Allowed, because the network zero-pads before the first sample, but the weights that read
+            # further back than the crop then never see data during training.
+            logger.warning("--segment-length %d is shorter than the receptive field (%d samples): training "
+                           "crops never fill the network's context", segment_length, receptive_field)
 
     def _flow_data_shape(self) -> tuple[int, ...]:
         # Audio datasets have shape (1, None) because clips differ in length; the flow's default length
@@ -201,13 +232,46 @@ class _TrainingRun:
 
     def _build_optimisation(self) -> None:
         config = self.config
-        self.optimizer = torch.optim.Adam(self.flow.parameters(), lr=config.lr, betas=ADAM_BETAS)
+        # The fused kernel gives the same update up to rounding, in one pass per tensor.
+        fused = fused_adam_supported(self.flow.parameters()) or None
+        self.optimizer = torch.optim.Adam(self.flow.parameters(), lr=config.lr, betas=ADAM_BETAS, fused=fused)
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=config.lr_decay)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
         self.averaged: Optional[AveragedModel] = None
         if config.ema_decay > 0:
             self.averaged = AveragedModel(self.flow, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay),
                                           use_buffers=True)
+
+    def _compile(self) -> None:
+        """Compile the network of the trained flow and of its averaged copy, each checked by one call.
+
+        This runs after the averaged copy exists: a deep copy of a compiled module would keep calling the
+        original's forward. The trial step uses a batch of zeros under a forked random state, calls the
+        flow without the DistributedDataParallel wrapper (whose gradient hooks are idle before its first
+        forward pass) and discards its gradients.
+        """
+        q = torch.zeros((self.local_batch_size, *self.flow.data_shape), dtype=torch.long, device=self.device)
+        devices = [self.device] if self.device.type == "cuda" else []
+
+        def training_trial() -> None:
+            with torch.random.fork_rng(devices=devices), autocast_context(self.device, self.config.precision):
+                self.flow.log_prob(q).sum().backward()
+            self.optimizer.zero_grad(set_to_none=True)
+
+        compile_network(self.flow.net, training_trial)
+        if self.averaged is not None:
+            averaged = self.averaged.module
+
+            @torch.no_grad()
+            def evaluation_trial() -> None:
+                averaged.eval()
+                try:
+                    with autocast_context(self.device, self.config.precision):
+                        averaged.log_prob(q)
+                finally:
+                    averaged.train()
+
+            compile_network(averaged.net, evaluation_trial)
 
     def _restore(self, checkpoint: dict) -> None:
         """Load weights, optimizer, schedule, averages, position and generators from a checkpoint."""
@@ -262,6 +326,7 @@ class _TrainingRun:
         return {
             "training": self.config.to_dict(),
             "flow": self.flow.config,
+            "receptive_field": self.receptive_field,
             "dataset": self._dataset_description(),
             "world_size": self.context.world_size,
             "local_batch_size": self.local_batch_size,
@@ -272,7 +337,7 @@ class _TrainingRun:
         }
 
     def _dataset_description(self) -> dict:
-        return {
+        description = {
             "name": self.dataset.name,
             "spec": self.dataset.spec,
             "num_bins": int(self.dataset.num_bins),
@@ -281,6 +346,12 @@ class _TrainingRun:
             "segment_length": self.config.segment_length,
             "num_train_examples": len(self.train_set),
         }
+        # Audio commands (decode, sample, interpolate) write WAV files at this rate with this quantization.
+        sample_rate = getattr(self.dataset, "sample_rate", None)
+        if sample_rate is not None:
+            description["sample_rate"] = int(sample_rate)
+            description["quantization"] = self.dataset.quantization
+        return description
 
     def _write_metrics(self, record: dict) -> None:
         # Only rank 0 opens the log; the other processes skip the write.
@@ -297,6 +368,7 @@ class _TrainingRun:
             "arflows_version": _arflows_version(),
             "torch_version": str(torch.__version__),
             "flow": self.flow.config,
+            "receptive_field": self.receptive_field,
             "dataset": self._dataset_description(),
             "config": self.config.to_dict(),
             "model": self.flow.state_dict(),
@@ -399,8 +471,9 @@ class _TrainingRun:
         self.last_val_step = self.step
         self._last_eval_time = time.monotonic()
         improved = self.best_val is None or result.bits_per_dim < self.best_val
-        logger.info("step %d: validation %.5f bits/dim over %d examples (%s weights)%s", self.step,
-                    result.bits_per_dim, result.num_examples,
+        unit = "bits/sample" if getattr(self.dataset, "sample_rate", None) is not None else "bits/dim"
+        logger.info("step %d: validation %.5f %s over %d examples (%s weights)%s", self.step,
+                    result.bits_per_dim, unit, result.num_examples,
                     "averaged" if self.averaged is not None else "raw", ", new best" if improved else "")
         self._write_metrics(self._metrics_record(val_bits_per_dim=result.bits_per_dim))
         if improved:
