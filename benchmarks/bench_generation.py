@@ -207,8 +207,8 @@ def format_image_row(row) -> str:
 
 
 WAVENET_HEADER = (
-    "| config | batch | T | receptive field | encode ms | cached s | samples/s (all streams) | "
-    "real-time factor | naive s | naive timing | naive / cached | repairs |\n"
+    "| config | batch | T | receptive field | encode ms (batch) | cached s (batch) | "
+    "samples/s (all streams) | real-time factor | naive s | naive timing | naive / cached | repairs |\n"
     "|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
@@ -264,7 +264,8 @@ def section(threads: int, machine: str, start_load: float, image, audio) -> list
     lines = [
         f"## {threads} torch thread{'s' if threads > 1 else ''}",
         "",
-        f"{machine}. Load average (1 minute) {start_load:.1f} at the start, {load_average():.1f} at the end.",
+        f"{machine}. Finished {time.strftime('%Y-%m-%d %H:%M %Z')}. Load average (1 minute) {start_load:.1f} "
+        f"at the start, {load_average():.1f} at the end.",
         "",
         "### Images",
         "",
