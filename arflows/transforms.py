@@ -163,7 +163,7 @@ class _CategoricalLogProb(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q: Tensor, logits: Tensor) -> Tensor:  # type: ignore[override]
         dim = _class_dim_in_memory(logits)
-        log_probs = torch.log_softmax(logits.movedim(-1, dim), dim=dim)  # classes at dim, contiguous
+        log_probs = torch.log_softmax(logits.movedim(-1, dim), dim=dim)  # classes at dim, in memory order
         index = q.unsqueeze(dim)
         ctx.dim = dim
         ctx.save_for_backward(index, log_probs)

@@ -41,9 +41,10 @@ def retain_freed_memory() -> bool:
     The process's resident memory then stays at its peak, which suits a process that trains or evaluates
     until it exits. The setting is process-wide and is applied once.
 
-    NOTE: measured with torch 2.13 on a 2-core x86 VM, one thread, batch 16 of 3×32×32: a PixelCNN
-    training step (1 block, 32 filters, 256 bins, so 50 MB logits) ran about 2.5 times faster, and a
-    PixelCNN++ step (1 block per stage, 32 filters) about 8 % faster.
+    NOTE: measured with ``benchmarks/bench_throughput.py --threads 1`` (torch 2.13, 2-core x86 VM, batch 16
+    of 3×32×32, 1 block and 32 filters): per CPU second, training steps ran 2.6× (PixelCNN, whose 256-bin
+    logits take 50 MB), 2.2× (gated PixelCNN) and 1.1× (PixelCNN++) as fast as with glibc's defaults, and
+    evaluation 3.2×, 2.6× and 1.45× as fast. Peak resident memory can be higher, since freed blocks stay.
 
     Returns:
         Whether the setting is in effect (False on other C libraries and systems).
